@@ -84,3 +84,13 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
     assert abs(lrs[-1] - 0.1) < 1e-9
+
+
+def test_fresh_start_into_a_used_run_folder_is_refused(corpus, tmp_path):
+    from r2d2.errors import UserError
+
+    params = parse_params({"pretrain": {**PARAMS["pretrain"], "max_steps": 2}})
+    data = load_cnclip_pairs(corpus / "train", "train", 32, 32)
+    train(params.model, params.pretrain, data, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="--resume latest"):
+        train(params.model, params.pretrain, data, tmp_path / "run", progress=False)

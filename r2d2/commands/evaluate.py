@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank-k", type=int, help="re-rank each query's top K with the cross encoders (0: off)")
     p.add_argument("--batch-size", type=int, help="images/texts per encoder batch and pairs per re-rank call")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    # --- MLflow tracking (r2d2.registry.tracking) ---
+    p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=None,
+                   help="log metrics, this JSON, recall@K and ROC plots to MLflow (default: on when params "
+                   "`tracking.enabled` says so or MLFLOW_TRACKING_URI is set)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: tracking.experiment or r2d2)")
+    p.add_argument("--run-name", default=None, help="MLflow run name (default: evaluate-<out file name>)")
     p.set_defaults(func=run)
 
 
@@ -122,5 +128,24 @@ def run(args: argparse.Namespace) -> int:
     metrics["seconds"] = time.perf_counter() - start
     write_metrics(args.out, metrics)
     print(format_table(metrics))
+    # --- MLflow tracking: one run per evaluation, logged once the JSON is written ---
+    from r2d2.registry.tracking import (
+        flatten,
+        load_tracking_settings,
+        log_evaluation,
+        should_track,
+        start_run,
+    )
+
+    settings = load_tracking_settings(args.params)
+    if should_track(args.mlflow, settings):
+        settings.system_metrics = False  # the run opens after the work: nothing left to sample
+        with start_run(True, run_name=args.run_name or f"evaluate-{args.out.stem}", experiment=args.experiment,
+                       settings=settings, tags={"r2d2.stage": "evaluate"},
+                       params={"model": str(args.model), "retrieval": args.retrieval or "", "matching": str(args.matching or ""),
+                               "directions": ",".join(directions), **flatten(cfg.model_dump(), "evaluate.")}) as tracker:
+            log_evaluation(tracker, metrics, args.out, args.out.parent / "plots")
+            print(f"logged to MLflow run {tracker.run_id}")
+    # --- end MLflow tracking ---
     print(f"wrote {args.out} and predictions under {predictions} in {metrics['seconds']:.1f}s")
     return 0

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from r2d2.config import ModelConfig, TrainConfig
 from r2d2.data.pairs import PairData
+from r2d2.errors import UserError
 from r2d2.model.io import load_pretrained, save_pretrained
 from r2d2.model.r2d2 import R2D2Model, build_model
 from r2d2.model.teacher import MomentumTeacher
@@ -122,6 +123,9 @@ def train(
     start = 0
     history: list[dict[str, float]] = []
     ckpt_path = resolve_resume(resume, ckpt_dir)
+    if ckpt_path is None and resume is None and any(ckpt_dir.glob("step_*.pt")):
+        raise UserError(f"{out} already holds checkpoints of another run: pass --resume latest to continue it, "
+                        "or choose a new --out")
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])

@@ -1,0 +1,174 @@
+"""Images into WebDataset tar shards, and the reader the trainer uses to get them back.
+
+A shard holds one sample per unique image: `<key>.png|jpg` (decoded, resized, re-encoded) and
+`<key>.json` (its texts, text kinds, sample ids, image refs). The key is the image's content
+hash, so the same picture behind two URLs is stored once with the texts of both. Tars are
+written with a fixed mtime and owner, so the same input gives byte-identical shards (stable
+DVC hashes, and the scaled-out run can be compared with the single-process one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from r2d2.data.manifest import read_json
+from r2d2.data.validation import ImageRulesConfig, image_rule_failures
+from r2d2.errors import UserError
+
+KEY_CHARS = 32  # hex chars of sha256 used as the WebDataset key (128 bits)
+
+
+@dataclass
+class ProcessedImage:
+    """Outcome of decoding one fetched image: encoded output bytes, or the image rules it broke."""
+
+    content_hash: str
+    n_bytes: int
+    data: bytes | None = None
+    width: int = 0
+    height: int = 0
+    orig_width: int = 0
+    orig_height: int = 0
+    decodable: bool = True
+    rules: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.content_hash[:KEY_CHARS]
+
+
+def process_image(data: bytes, rules: ImageRulesConfig, max_side: int, fmt: str = "png", jpeg_quality: int = 90) -> ProcessedImage:
+    """Decode with a decompression-bomb guard, apply the image rules, resize and re-encode.
+
+    The pixel count is read from the header before any pixel is decoded, so a 30 kB PNG that
+    expands to 10 GB is rejected (`max_pixels`) without allocating it.
+    """
+    out = ProcessedImage(content_hash=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
+    if not data:
+        out.decodable, out.rules, out.detail = False, ["decodable"], "empty file (0 bytes)"
+        return out
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            out.orig_width, out.orig_height = im.size
+            if im.width * im.height > rules.max_pixels:
+                out.rules = ["max_pixels"]
+                out.detail = f"{im.width}x{im.height} pixels > max {rules.max_pixels} (decompression-bomb guard)"
+                return out
+            im.load()
+            out.rules = image_rule_failures(im.width, im.height, rules)
+            if out.rules:
+                out.detail = f"{im.width}x{im.height}: breaks {', '.join(out.rules)}"
+                return out
+            rgb = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
+    except Image.DecompressionBombError as err:
+        out.rules, out.detail = ["max_pixels"], str(err)
+        return out
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        out.decodable, out.rules, out.detail = False, ["decodable"], f"{type(err).__name__}: {err}"
+        return out
+    if max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    if fmt == "png":
+        rgb.save(buf, format="PNG", compress_level=6)
+    else:
+        rgb.save(buf, format="JPEG", quality=jpeg_quality)
+    out.data = buf.getvalue()
+    out.width, out.height = rgb.size
+    return out
+
+
+def write_tar(path: str | Path, samples: list[dict[str, Any]], ext: str) -> Path:
+    """Write samples (`key`, `image` bytes, `meta` dict) as a reproducible WebDataset tar.
+
+    Plain `tarfile` in WebDataset's layout (`<key>.<ext>` members, sorted per sample, USTAR,
+    as `webdataset.TarWriter` writes them): importing webdataset pulls in torch (~10 s), which
+    the data stages do not otherwise need. Any WebDataset reader reads these shards.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in samples:
+            meta = json.dumps(s["meta"], ensure_ascii=False, sort_keys=True).encode("utf-8")
+            for suffix, data in sorted({ext: s["image"], "json": meta}.items()):
+                info = tarfile.TarInfo(f"{s['key']}.{suffix}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uname = info.gname = "r2d2"
+                tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+    return path
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """(key, image bytes, meta) per sample of one shard, streaming."""
+    current: dict[str, Any] = {}
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current and current["key"] != key:
+                yield current
+                current = {}
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            current.setdefault("key", key)
+            if ext == "json":
+                current["meta"] = json.loads(data)
+            else:
+                current["image"], current["ext"] = data, ext
+    if current:
+        yield current
+
+
+def snapshot_summary(snapshot_dir: str | Path) -> dict[str, Any]:
+    """The snapshot's `snapshot.json`: counts, reconciliation, shard list, hash, validation result."""
+    path = Path(snapshot_dir) / "snapshot.json"
+    if not path.exists():
+        raise UserError(f"{snapshot_dir}: no snapshot.json; run `r2d2 snapshot MANIFEST_DIR --out {snapshot_dir}` first")
+    return read_json(path)
+
+
+def iter_snapshot_samples(snapshot_dir: str | Path, shards: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield one dict per unique image of a snapshot, in shard order.
+
+    Keys: `image_bytes`, `image_key`, `texts`, `sample_ids`, `text_kinds`, `shard`. An image that
+    also appears in a later shard (same content, other URL) is yielded once, with the texts of
+    every copy (from duplicates.parquet, which holds only those extra rows).
+    """
+    snapshot_dir = Path(snapshot_dir)
+    summary = snapshot_summary(snapshot_dir)
+    names = shards if shards is not None else [s["shard"] for s in summary["shards"]]
+    extra: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    skip: set[tuple[str, str]] = set()
+    dup_path = snapshot_dir / "duplicates.parquet"
+    if dup_path.exists():
+        for row in pq.read_table(dup_path).to_pylist():
+            extra.setdefault((row["canonical_shard"], row["key"]), []).append(row)
+            skip.add((row["shard"], row["key"]))
+    for name in names:
+        for s in iter_tar_samples(snapshot_dir / "shards" / f"{name}.tar"):
+            if (name, s["key"]) in skip:
+                continue
+            meta = s["meta"]
+            texts, ids, kinds = list(meta["texts"]), list(meta["sample_ids"]), list(meta["text_kinds"])
+            for row in extra.get((name, s["key"]), []):
+                texts.append(row["text"])
+                ids.append(row["sample_id"])
+                kinds.append(row["text_kind"])
+            yield {
+                "image_bytes": s["image"], "image_key": s["key"], "texts": texts, "sample_ids": ids,
+                "text_kinds": kinds, "shard": name,
+            }

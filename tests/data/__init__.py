@@ -1,0 +1,1 @@
+"""Test data helpers: a local HTTP image server and the bad-input corpus generator."""
