@@ -114,6 +114,9 @@ class DistillConfig(Strict):
     fgd_loss: Literal["smooth_l1", "cosine"] = "smooth_l1"
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     fgr_class_weights: tuple[float, float] = (1.0, 2.0)
+    # FGR samples hard negatives from softmax(cosine / T). None: T = the model's temperature (as in
+    # the paper). A larger T gives easier negatives, which a small model needs to get a foothold.
+    fgr_sample_temp: float | None = Field(None, gt=0)
 
 
 class TrainConfig(Strict):

@@ -94,3 +94,27 @@ def test_fresh_start_into_a_used_run_folder_is_refused(corpus, tmp_path):
     train(params.model, params.pretrain, data, tmp_path / "run", progress=False)
     with pytest.raises(UserError, match="--resume latest"):
         train(params.model, params.pretrain, data, tmp_path / "run", progress=False)
+
+
+def test_fgr_sample_temp_rescales_the_sampling_logits(corpus, monkeypatch):
+    """FGR draws negatives from softmax(cos / fgr_sample_temp) when set, else softmax(cos / temp)."""
+    import r2d2.train.objective as objective
+    from r2d2.model.r2d2 import build_model
+
+    data = load_cnclip_pairs(corpus / "train", "train", 32, 32)
+    batch = data.batch(0, 0, 8, seed=0)
+    seen = []
+    real = objective.sample_hard_negatives
+    monkeypatch.setattr(objective, "sample_hard_negatives", lambda s_t2i, s_i2t, *a, **k: seen.append(s_t2i) or real(s_t2i, s_i2t, *a, **k))
+    torch.manual_seed(0)
+    model = build_model(parse_params({}).model).eval()  # no dropout: the passes must agree
+    for sample_temp in (None, 0.5):
+        cfg = parse_params({"pretrain": {"losses": {"mlm": 0, "tgd": 0, "fgd": 0},
+                                         "distill": {"fgr_sample_temp": sample_temp}}}).pretrain
+        objective.R2D2Objective(model, cfg)(batch)
+    with torch.no_grad():
+        img, txt = model.encode_image(batch.images), model.encode_text(batch.input_ids, batch.attention_mask)
+    cosine = txt.feat @ img.feat.t()
+    temp = float(model.temp.detach())
+    assert torch.allclose(seen[0], cosine / temp, atol=1e-3)
+    assert torch.allclose(seen[1], cosine / 0.5, atol=1e-4)

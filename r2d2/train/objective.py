@@ -110,7 +110,12 @@ class R2D2Objective(nn.Module):
         if w.gcpr > 0:
             terms["gcpr"] = gcpr["gcpr"]
         if w.fgr > 0:
-            terms["fgr"] = self._fgr(img.tokens, txt, batch.image_ids, gcpr["sim_i2t"], gcpr["sim_t2i"], generator)
+            sim_i2t, sim_t2i = gcpr["sim_i2t"], gcpr["sim_t2i"]
+            sample_temp = self.cfg.distill.fgr_sample_temp
+            if sample_temp is not None:  # re-scale cosine/temp logits to cosine/sample_temp
+                scale = temp.detach().float() / sample_temp
+                sim_i2t, sim_t2i = sim_i2t * scale, sim_t2i * scale
+            terms["fgr"] = self._fgr(img.tokens, txt, batch.image_ids, sim_i2t, sim_t2i, generator)
         if w.mlm > 0 or w.fgd > 0:
             masked_ids, labels = mask_tokens(
                 batch.input_ids, batch.attention_mask, model.cfg.text.vocab_size, MASK_ID, SPECIAL_IDS,

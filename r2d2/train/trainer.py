@@ -157,6 +157,11 @@ def train(
             "train_config": cfg.model_dump(mode="json"),
         })
 
+    history_path = out / "history.jsonl"
+    if di.is_main:  # rewritten from the checkpoint on resume, then appended live (`tail -f` works)
+        out.mkdir(parents=True, exist_ok=True)
+        history_path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+
     bar = tqdm(total=total, initial=start, desc=f"{cfg.task}", disable=not (progress and di.is_main), dynamic_ncols=True)
     sums: dict[str, float] = {}
     count, t_log, seen = 0, time.perf_counter(), 0
@@ -195,6 +200,9 @@ def train(
                 row = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "samples_per_s": seen / max(dt, 1e-9)}
                 row.update({k: v / count for k, v in sums.items()})
                 history.append(row)
+                if di.is_main:
+                    with open(history_path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "epoch")})
                 if on_log is not None and di.is_main:
                     on_log(done, row)
@@ -217,9 +225,6 @@ def train(
 
 
 def write_history(out: Path, history: list[dict[str, float]], result: TrainResult) -> None:
-    with open(out / "history.jsonl", "w", encoding="utf-8") as fh:
-        for row in history:
-            fh.write(json.dumps(row) + "\n")
     last = history[-1] if history else {}
     summary = {"steps": result.steps, "samples_per_s": round(result.samples_per_s, 2),
                **{f"final_{k}": round(v, 5) for k, v in last.items() if k not in ("step", "epoch")}}
