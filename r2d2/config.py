@@ -183,11 +183,12 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def format_validation_error(err: ValidationError, where: str, docs: str = "params.yaml's docs") -> str:
+    """One line per bad key, naming its full path (`where: a.b.c: problem`); shared by every section's parser."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = "unknown key (check the spelling; see the docs of params.yaml)" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = f"unknown key (check the spelling; see {docs})" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{where}: {loc}: {msg}")
     return "\n".join(lines)
 
@@ -201,7 +202,7 @@ def model_config(raw: dict[str, Any] | None = None, size: str | None = None) -> 
     try:
         return ModelConfig.model_validate(merged)
     except ValidationError as err:
-        raise UserError(_format_validation_error(err, "params model")) from None
+        raise UserError(format_validation_error(err, "params model")) from None
 
 
 def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
@@ -210,7 +211,7 @@ def parse_params(raw: dict[str, Any], where: str = "params.yaml") -> Params:
     try:
         params = Params.model_validate({**raw, "model": model.model_dump()})
     except ValidationError as err:
-        raise UserError(_format_validation_error(err, where)) from None
+        raise UserError(format_validation_error(err, where)) from None
     return params
 
 

@@ -1,14 +1,5 @@
-"""Shared test setup: offline, quiet, deterministic, and light on the 2-core CI machine."""
+"""Shared test setup: offline and quiet, exactly like the CLI (nothing may reach the internet)."""
 
-import os
+from r2d2.cli import set_offline_env
 
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
+set_offline_env()

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
+from r2d2.config import format_validation_error
 from r2d2.data.adapters import ADAPTERS, AdapterContext, FormatError, Reject
 from r2d2.data.manifest import (
     MANIFEST_SCHEMA,
@@ -53,13 +54,8 @@ class IngestConfig(BaseModel):
     progress: bool = True
 
 
-def format_config_error(err: ValidationError, where: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = "unknown key (check the spelling; see docs/data.md)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"params.yaml {where}.{loc}: {msg}")
-    return "\n".join(lines)
+def format_config_error(err: ValidationError, section: str) -> str:
+    return format_validation_error(err, f"params.yaml {section}", docs="docs/data.md")
 
 
 def ingest_config(raw: dict[str, Any] | None) -> IngestConfig:

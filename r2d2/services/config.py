@@ -96,12 +96,9 @@ def parse_services_config(raw: dict[str, Any] | None, where: str = "params.yaml 
     try:
         return ServicesConfig.model_validate(raw or {})
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-            msg = "unknown key (check the spelling; see docs/services.md)" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"{where}: {loc}: {msg}")
-        raise UserError("\n".join(lines)) from None
+        from r2d2.config import format_validation_error
+
+        raise UserError(format_validation_error(err, where, docs="docs/services.md")) from None
 
 
 def load_services_config(params_path: str | Path = "params.yaml") -> ServicesConfig:
