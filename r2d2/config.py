@@ -235,4 +235,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 # Top-level params.yaml sections validated by the modules that own them.
-EXTERNAL_SECTIONS: set[str] = {"ingest", "snapshot", "validate", "register", "promote", "datasets", "services"}
+EXTERNAL_SECTIONS: set[str] = {"ingest", "snapshot", "validate", "register", "promote", "datasets", "services", "tracking"}

@@ -25,6 +25,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", type=int, default=None,
                    help="checkpoint and stop after this many steps, as if preempted (resume with --resume latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --- MLflow tracking (r2d2.registry.tracking) ---
+    p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=None,
+                   help="log params, per-step metrics, system metrics and loss.png to MLflow (default: on when "
+                   "params `tracking.enabled` says so or MLFLOW_TRACKING_URI is set; rank 0 only)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: tracking.experiment or r2d2)")
+    p.add_argument("--run-name", default=None, help="MLflow run name (default: STAGE-<out folder name>)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,8 +103,23 @@ def _run(args: argparse.Namespace, section: str, init: str | None, task: str | N
         model_cfg = read_config(init)
     data = load_training_data(args.data, args.split, model_cfg.vision.image_size, model_cfg.text.max_len, cfg.task,
                               getattr(args, "images_root", None))
-    result = train(model_cfg, cfg, data, args.out, init_from=init, resume=args.resume, stop_after=args.stop_after,
-                   progress=not args.no_progress)
+    # --- MLflow tracking (r2d2.registry.tracking): a NullRun when off, so `train` never needs MLflow ---
+    from r2d2.registry.tracking import flatten, load_tracking_settings, should_track, start_run
+
+    settings = load_tracking_settings(args.params)
+    tracker = start_run(
+        should_track(args.mlflow, settings), run_name=args.run_name or f"{section}-{Path(args.out).name}",
+        experiment=args.experiment, settings=settings, tags={"r2d2.stage": section},
+        params={**flatten(model_cfg.model_dump(mode="json"), "model."), **flatten(cfg.model_dump(mode="json"), f"{section}."),
+                "data": args.data, "init": init or "", "resume": args.resume or ""},
+    )
+    with tracker:
+        result = train(model_cfg, cfg, data, args.out, init_from=init, resume=args.resume, stop_after=args.stop_after,
+                       progress=not args.no_progress, on_log=tracker.on_log)
+        tracker.set_tags({"r2d2.stopped_early": str(result.stopped_early).lower()})
+        for name in ("loss.png", "history.jsonl", "train_metrics.json"):
+            tracker.log_artifact(Path(args.out) / name, "train")
+    # --- end MLflow tracking ---
     if result.stopped_early:
         print(f"stopped after step {result.steps}; resume with --resume latest")
     else:
