@@ -39,3 +39,10 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Benchmarks (benchmarks/README.md): shard writing against img2dataset (in its own venv) and GX
+# validation against plain pandas; each writes benchmarks/results/*.json and the BENCHMARKS.md table.
+.PHONY: bench
+bench: setup
+	$(BIN)/python benchmarks/bench_shards.py
+	$(BIN)/python benchmarks/bench_validation.py
