@@ -183,11 +183,11 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, where: str, docs: str = "params.yaml's docs") -> str:
-    """One line per bad key, naming its full path (`where: a.b.c: problem`); shared by every section's parser."""
+def format_validation_error(err: ValidationError, where: str, docs: str = "params.yaml's docs", section: str = "") -> str:
+    """One line per bad key, naming its full path (`where: section.a.b: problem`); shared by every section's parser."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        loc = ".".join(str(p) for p in ((section,) if section else ()) + tuple(e["loc"])) or "(root)"
         msg = f"unknown key (check the spelling; see {docs})" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{where}: {loc}: {msg}")
     return "\n".join(lines)

@@ -55,7 +55,7 @@ class IngestConfig(BaseModel):
 
 
 def format_config_error(err: ValidationError, section: str) -> str:
-    return format_validation_error(err, f"params.yaml {section}", docs="docs/data.md")
+    return format_validation_error(err, "params.yaml", docs="docs/data.md", section=section)
 
 
 def ingest_config(raw: dict[str, Any] | None) -> IngestConfig:

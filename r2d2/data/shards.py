@@ -66,12 +66,21 @@ def process_image(data: bytes, rules: ImageRulesConfig, max_side: int, fmt: str 
                 out.rules = ["max_pixels"]
                 out.detail = f"{im.width}x{im.height} pixels > max {rules.max_pixels} (decompression-bomb guard)"
                 return out
-            im.load()
+            # Rules on the header's size, before decoding: a rejected image costs no pixels.
             out.rules = image_rule_failures(im.width, im.height, rules)
             if out.rules:
                 out.detail = f"{im.width}x{im.height}: breaks {', '.join(out.rules)}"
                 return out
-            rgb = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
+            if im.format == "JPEG" and max(im.size) > max_side:
+                # Let libjpeg shrink by 1/2..1/8 while decoding (measured: most of the decode cost).
+                im.draft("RGB", (max_side, max_side))
+            im.load()  # truncated or corrupt bodies fail here
+            if im.mode == "RGB":
+                rgb = im.copy()
+            elif im.mode in ("P", "LA", "PA"):
+                rgb = im.convert("RGBA").convert("RGB")
+            else:
+                rgb = im.convert("RGB")
     except Image.DecompressionBombError as err:
         out.rules, out.detail = ["max_pixels"], str(err)
         return out
@@ -79,7 +88,8 @@ def process_image(data: bytes, rules: ImageRulesConfig, max_side: int, fmt: str 
         out.decodable, out.rules, out.detail = False, ["decodable"], f"{type(err).__name__}: {err}"
         return out
     if max(rgb.size) > max_side:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        # Box filter (area average, img2dataset's default): ~3x cheaper than bicubic when shrinking.
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BOX)
     buf = io.BytesIO()
     if fmt == "png":
         rgb.save(buf, format="PNG", compress_level=6)
