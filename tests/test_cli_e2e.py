@@ -68,6 +68,23 @@ def test_pretrain_finetune_evaluate(workdir):
     assert len(preds) == 16 and len(json.loads(preds[0])["image_ids"]) == 10
 
 
+def test_init_model_is_the_pretraining_starting_point(workdir):
+    """The untrained baseline equals step 0 of pre-training (same seed, same init)."""
+    from safetensors.torch import load_file
+
+    r2d2("init-model", "--out", "runs/init", cwd=workdir)
+    r2d2("pretrain", "--data", "corpus/train", "--out", "runs/zero", "--stop-after", "1", "--no-progress", cwd=workdir)
+    import torch
+
+    init = load_file(workdir / "runs" / "init" / "model.safetensors")
+    step1 = torch.load(workdir / "runs" / "zero" / "checkpoints" / "step_00000001.pt", weights_only=True)["model"]
+    frozen = "dual.visual_encoder.embeddings.position_embedding.weight"  # fixed sin-cos table: never trained
+    assert torch.equal(init[frozen], step1[frozen])
+    moved = "dual.text_proj.weight"  # one AdamW step at lr > 0 moves it, but only a little
+    assert not torch.equal(init[moved], step1[moved])
+    assert (init[moved] - step1[moved]).abs().max() < 0.01
+
+
 def test_resume_latest_through_the_cli(workdir):
     r2d2("pretrain", "--data", "corpus/train", "--out", "runs/stop", "--stop-after", "2", "--no-progress", cwd=workdir)
     assert (workdir / "runs" / "stop" / "checkpoints" / "latest").read_text() == "step_00000002.pt"
