@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   - install everything into .venv and run the main job on the embedded demo corpus (CPU)
+#   make demo   - install everything into .venv and run the main job: the whole pipeline on the embedded
+#                 demo corpus (CPU) - validate, snapshot, pretrain, finetune, evaluate, register, promote
 #   make test   - install everything into .venv and run the test suite
 SHELL := /bin/bash
 PY ?= python3
@@ -22,7 +23,7 @@ $(BIN)/r2d2: requirements.lock pyproject.toml
 setup: $(BIN)/r2d2
 
 demo: setup
-	$(BIN)/r2d2 demo
+	$(BIN)/r2d2 pipeline run
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -75,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--reference", action="append", metavar="NAME=PAPER",
                      help="compare dataset NAME with the paper's numbers for PAPER (flickr30k-cn, coco-cn, muge, ...); "
                      "default: NAME itself")
+    rep.add_argument("--baseline", action="append", metavar="NAME=PATH",
+                     help="the untrained model's metrics JSON for dataset NAME (an `untrained` column); repeatable")
     rep.set_defaults(func=run_report)
 
 
@@ -170,7 +172,7 @@ def run_report(args: argparse.Namespace) -> int:
     from r2d2.pipeline.report import parse_named, write_report
 
     report = write_report(args.out, parse_named(args.eval, "eval"), parse_named(args.history, "history"),
-                          parse_named(args.reference, "reference"))
+                          parse_named(args.reference, "reference"), parse_named(args.baseline, "baseline"))
     primary = report["primary"]["value"]
     print(f"wrote {args.out}/metrics.json, report.md and plots/ for {len(report['datasets'])} dataset(s); "
           f"primary (mean retrieval MR) {'-' if primary is None else f'{primary:.2f}'}")

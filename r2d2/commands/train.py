@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 ORDER = 20
+EXIT_STOPPED = 75  # EX_TEMPFAIL: interrupted, resumable
 
 DATA_HELP = (
     "training data: a Chinese-CLIP style folder holding SPLIT_imgs.tsv + SPLIT_texts.jsonl "
@@ -121,7 +122,9 @@ def _run(args: argparse.Namespace, section: str, init: str | None, task: str | N
             tracker.log_artifact(Path(args.out) / name, "train")
     # --- end MLflow tracking ---
     if result.stopped_early:
+        # Not a success: DVC and Prefect must not record an unfinished run as done.
         print(f"stopped after step {result.steps}; resume with --resume latest")
+        return EXIT_STOPPED
     else:
         summary = json.loads((Path(args.out) / "train_metrics.json").read_text())
         print(json.dumps(summary, indent=2))

@@ -110,7 +110,8 @@ def _get(metrics: Mapping[str, Any], key: str) -> float | None:
 
 
 def build_report(evals: Mapping[str, str | Path], histories: Mapping[str, str | Path] | None = None,
-                 references: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 references: Mapping[str, str] | None = None,
+                 baselines: Mapping[str, str | Path] | None = None) -> dict[str, Any]:
     """All numbers of the report (no files written): see `write_report`."""
     from r2d2.registry.promote import flatten_eval_metrics, primary_metric
 
@@ -139,6 +140,8 @@ def build_report(evals: Mapping[str, str | Path], histories: Mapping[str, str | 
                     paper[head] = value
             entry["paper"] = paper
             entry["paper_note"] = f"{ref_key}: {ref['note']}"
+        if baselines and name in baselines:  # the untrained model, evaluated the same way
+            entry["untrained"] = dataset_metrics(_read_json(Path(baselines[name])))
         datasets[name] = entry
         flat.update(flatten_eval_metrics(doc, name))
     primary = primary_metric(flat)
@@ -169,7 +172,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                      f"**{primary['value']:.2f}**")
     else:
         lines.append("**Primary metric**: — (no retrieval dataset)")
-    lines += ["", "| dataset | task | metric | ours | paper (R2D2 ViT-L) |", "|---|---|---|---:|---:|"]
+    lines += ["", "| dataset | task | metric | ours | untrained | paper (R2D2 ViT-L) |", "|---|---|---|---:|---:|---:|"]
     notes = []
     for name, entry in report["datasets"].items():
         rows: list[tuple[str, str]] = []
@@ -185,8 +188,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         paper = entry.get("paper") or {}
         for i, (title, key) in enumerate(rows):
             first = i == 0
+            untrained = _fmt(_get(entry["untrained"], key)) if "untrained" in entry else "—"
             lines.append(f"| {name if first else ''} | {entry['task'] if first else ''} | {title} | "
-                         f"{_fmt(_get(entry, key))} | {_fmt(_get(paper, key)) if paper or 'paper_note' in entry else '—'} |")
+                         f"{_fmt(_get(entry, key))} | {untrained} | "
+                         f"{_fmt(_get(paper, key)) if paper or 'paper_note' in entry else '—'} |")
         if "paper_note" in entry:
             notes.append(f"- {name}: {entry['paper_note']}")
     if notes:
@@ -268,12 +273,13 @@ def metrics_json(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_report(out_dir: str | Path, evals: Mapping[str, str | Path], histories: Mapping[str, str | Path] | None = None,
-                 references: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 references: Mapping[str, str] | None = None,
+                 baselines: Mapping[str, str | Path] | None = None) -> dict[str, Any]:
     """Write metrics.json, report.md and plots/ under out_dir; return the report."""
     from r2d2.eval.report import write_metrics
 
     out = Path(out_dir)
-    report = build_report(evals, histories, references)
+    report = build_report(evals, histories, references, baselines)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for old in plots.iterdir():  # stale plots of a dataset that was removed

@@ -144,6 +144,26 @@ def format_metrics(metrics: dict[str, float]) -> list[str]:
     return [f"  {ds}: " + ", ".join(items) for ds, items in by_ds.items()]
 
 
+def format_versus_untrained(root: str | Path) -> list[str]:
+    """Trained vs untrained (same architecture and init, zero steps) from the report's metrics.json."""
+    path = Path(root) / "reports" / "metrics.json"
+    if not path.is_file():
+        return []
+    datasets = json.loads(path.read_text(encoding="utf-8")).get("datasets", {})
+    rows = [("t2i", "r1", "T->I R@1"), ("t2i", "r10", "T->I R@10"), ("i2t", "r1", "I->T R@1"), (None, "mr", "MR"),
+            (None, "auc", "match AUC")]
+    lines = [f"  {'dataset':<16}{'metric':<12}{'trained':>9}{'untrained':>11}"]
+    for name, entry in datasets.items():
+        base = entry.get("untrained") or {}
+        for group, key, title in rows:
+            ours = (entry.get(group) or {}).get(key) if group else entry.get(key)
+            if ours is None:
+                continue
+            ref = (base.get(group) or {}).get(key) if group else base.get(key)
+            lines.append(f"  {name:<16}{title:<12}{ours:>9.2f}{'-' if ref is None else f'{ref:.2f}':>11}")
+    return ["trained vs untrained (%, held-out demo sets):", *lines] if len(lines) > 1 else []
+
+
 def format_summary(root: str | Path, ch: Champion, flow_run_id: str | None = None,
                    stages: list[dict[str, Any]] | None = None) -> str:
     """The text `r2d2 pipeline run` ends with."""
@@ -154,6 +174,7 @@ def format_summary(root: str | Path, ch: Champion, flow_run_id: str | None = Non
         lines.append(f"stages: {len(ran)} ran, {len(restored)} restored from the run cache, "
                      f"{len(stages) - len(ran) - len(restored)} up to date"
                      + (f" (ran: {', '.join(ran)})" if ran else ""))
+    lines += format_versus_untrained(root)
     promo = promotion(root)
     if promo and isinstance(promo.get("decision"), dict):
         verdict = "promoted" if promo["decision"].get("promote") else "kept the champion"
