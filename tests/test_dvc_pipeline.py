@@ -17,7 +17,8 @@ from r2d2.errors import UserError
 from r2d2.pipeline.data import DATA_DVC, data_md5, ensure_data
 from r2d2.pipeline.dvc import run_dvc, stage_graph
 
-ALL_STAGES = ["ingest", "validate", "snapshot", "pretrain", "finetune@demo-retrieval", "finetune@demo-matching",
+ALL_STAGES = ["ingest", "validate", "snapshot", "pretrain", "untrained", "finetune@demo-retrieval",
+              "finetune@demo-matching", "evaluate_untrained@demo-retrieval", "evaluate_untrained@demo-matching",
               "evaluate@demo-retrieval", "evaluate@demo-matching", "report", "register", "promote"]
 # Not listed as code deps on purpose: command dispatch, servers, MLflow logging (they do not change outputs).
 INFRA = ("r2d2.cli", "r2d2.services", "r2d2.registry.tracking", "r2d2.registry.plots", "r2d2.data.scale",
@@ -70,10 +71,11 @@ def test_every_stage_runs_one_r2d2_command_with_its_code_and_params() -> None:
     params = yaml.safe_load((h.REPO / "params.yaml").read_text(encoding="utf-8"))
     commands = {"ingest": "ingest", "validate": "validate", "snapshot": "snapshot", "pretrain": "train",
                 "finetune": "train", "evaluate": "evaluate", "report": "pipeline", "register": "register",
-                "promote": "promote"}
+                "promote": "promote", "untrained": "init_model", "evaluate_untrained": "evaluate"}
+    prefixes = {"report": "pipeline report", "untrained": "init-model", "evaluate_untrained": "evaluate"}
     for name, info in graph.items():
         cmd = " ".join(info.cmd.split())
-        assert cmd.startswith(f"r2d2 {info.group if info.group != 'report' else 'pipeline report'} "), cmd
+        assert cmd.startswith(f"r2d2 {prefixes.get(info.group, info.group)} "), cmd
         assert not any(sep in cmd for sep in ("&&", ";", "||", "|")), f"{name}: more than one command: {cmd}"
         spec = lock_free["stages"][info.group]
         spec = spec.get("do", spec)
@@ -88,7 +90,7 @@ def test_every_stage_runs_one_r2d2_command_with_its_code_and_params() -> None:
             assert path.exists(), f"{name}: code dep {d} does not exist"
             covered |= {p.relative_to(h.REPO).as_posix() for p in ([path] if path.is_file() else path.rglob("*.py"))}
         missing = import_closure(module) - covered
-        if info.group in ("finetune", "evaluate", "register", "promote"):  # they read a model / registry, not corpora
+        if info.group in ("finetune", "evaluate", "evaluate_untrained", "untrained", "register", "promote"):  # they read a model / registry, not corpora
             missing = {m for m in missing if not m.startswith(("r2d2/data/adapters", "r2d2/data/ingest",
                                                                "r2d2/data/manifest", "r2d2/data/validation",
                                                                "r2d2/data/shards", "r2d2/data/pairs_snapshot"))}
@@ -111,13 +113,18 @@ def test_report_adds_paper_numbers_where_they_apply(tmp_path: Path) -> None:
                         "mr": 76.66666666666667}}
     (tmp_path / "flickr.json").write_text(json.dumps(ev))
     (tmp_path / "icm.json").write_text(json.dumps({"matching": {"auc": 81.5, "accuracy": 75.0}}))
-    report = write_report(tmp_path / "out", {"flickr30k-cn": tmp_path / "flickr.json", "icm": tmp_path / "icm.json"})
+    base = {"retrieval": {"t2i": {"r1": 1.0, "r5": 5.0, "r10": 10.0}, "i2t": {"r1": 2.0, "r5": 6.0, "r10": 11.0},
+                          "mr": 5.8333}}
+    (tmp_path / "flickr_untrained.json").write_text(json.dumps(base))
+    report = write_report(tmp_path / "out", {"flickr30k-cn": tmp_path / "flickr.json", "icm": tmp_path / "icm.json"},
+                          baselines={"flickr30k-cn": tmp_path / "flickr_untrained.json"})
     md = markdown(report)
-    assert "| flickr30k-cn | retrieval | T→I R@1 | 50.00 | 84.40 |" in md
-    assert "| icm | matching | AUC | 81.50 | — |" in md
+    assert "| flickr30k-cn | retrieval | T→I R@1 | 50.00 | 1.00 | 84.40 |" in md
+    assert "| icm | matching | AUC | 81.50 | — | — |" in md
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["primary"]["mean_retrieval_mr"] == pytest.approx(76.6666, abs=1e-3)
     assert metrics["datasets"]["flickr30k-cn"]["paper"]["t2i"]["r1"] == 84.4
+    assert metrics["datasets"]["flickr30k-cn"]["untrained"]["t2i"]["r1"] == 1.0
     assert (tmp_path / "out" / "plots" / "recall_flickr30k-cn.csv").read_text().splitlines()[1] == "1,50.0,60.0"
     assert (tmp_path / "out" / "plots" / "summary.png").stat().st_size > 1000
 
