@@ -38,10 +38,25 @@ def _json_excerpt(obj: Any) -> str:
     return excerpt(json.dumps(obj, ensure_ascii=False, default=str))
 
 
-def _check_first(first: bool, line: int, rec: Any, wanted: set[str], need: int, fmt: str) -> None:
-    """The first record decides whether the file is this format at all (a wholly wrong file fails fast)."""
-    if not first:
-        return
+def _first_checked(records: Iterator[tuple[int, Any, Reject | None]], check: Callable[[int, Any], None],
+                   normalize: Callable[[Any], Any] | None = None) -> Iterator[tuple[int, Any, Reject | None]]:
+    """Pass rejects through; run `check(line, rec)` on the file's first record if it parsed.
+
+    The first record decides whether the file is this format at all, so a wholly wrong file fails
+    fast with a FormatError instead of quarantining every row.
+    """
+    first = True
+    for line, rec, rej in records:
+        if rej is None:
+            if normalize is not None:
+                rec = normalize(rec)
+            if first:
+                check(line, rec)
+        first = False
+        yield line, rec, rej
+
+
+def _check_keys(line: int, rec: Any, wanted: set[str], need: int, fmt: str) -> None:
     if not isinstance(rec, dict):
         raise FormatError(line, f"expected {fmt} records (JSON objects), found a JSON {type(rec).__name__}")
     if len(wanted & set(rec)) < need:
@@ -52,14 +67,11 @@ def _check_first(first: bool, line: int, rec: Any, wanted: set[str], need: int, 
 
 def zero(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject]:
     """Zero (CCMB): one image per record, several texts (Title, Content, ImageQuery, Keywords)."""
-    first = True
-    for line, rec, rej in iter_json_records(path, ctx.max_record_bytes):
+    check = lambda line, rec: _check_keys(line, rec, ZERO_KEYS, 2, "Zero")  # noqa: E731
+    for line, rec, rej in _first_checked(iter_json_records(path, ctx.max_record_bytes), check):
         if rej is not None:
-            first = False
             yield rej
             continue
-        _check_first(first, line, rec, ZERO_KEYS, 2, "Zero")
-        first = False
         if not isinstance(rec, dict):
             yield Reject(line, ["not_object"], "record is not a JSON object", _json_excerpt(rec))
             continue
@@ -128,14 +140,11 @@ def wudaomm(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject
     exists locally (next to the JSON or under --base-dir), otherwise it is quarantined as
     `missing_url` and counted.
     """
-    first = True
-    for line, rec, rej in iter_json_records(path, ctx.max_record_bytes):
+    check = lambda line, rec: _check_keys(line, rec, {"name", "tag", "url", "captions"}, 2, "WuDaoMM")  # noqa: E731
+    for line, rec, rej in _first_checked(iter_json_records(path, ctx.max_record_bytes), check):
         if rej is not None:
-            first = False
             yield rej
             continue
-        _check_first(first, line, rec, {"name", "tag", "url", "captions"}, 2, "WuDaoMM")
-        first = False
         if not isinstance(rec, dict):
             yield Reject(line, ["not_object"], "record is not a JSON object", _json_excerpt(rec))
             continue
@@ -181,16 +190,11 @@ def cnclip(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject]
     if not tsv.is_file():
         raise FormatError(0, f"no images TSV next to the texts: expected {tsv}")
     split = tsv.name[: -len("_imgs.tsv")]
-    first = True
-    for line, rec, rej in iter_json_records(path, ctx.max_record_bytes):
+    check = lambda line, rec: _check_keys(line, rec, {"text_id", "text", "image_ids"}, 2, "Chinese-CLIP")  # noqa: E731
+    for line, rec, rej in _first_checked(iter_json_records(path, ctx.max_record_bytes), check, _muge_to_cnclip):
         if rej is not None:
-            first = False
             yield rej
             continue
-        if isinstance(rec, dict) and "query_id" in rec:  # MUGE naming
-            rec = {"text_id": rec.get("query_id"), "text": rec.get("query_text"), "image_ids": rec.get("item_ids")}
-        _check_first(first, line, rec, {"text_id", "text", "image_ids"}, 2, "Chinese-CLIP")
-        first = False
         if not isinstance(rec, dict):
             yield Reject(line, ["not_object"], "record is not a JSON object", _json_excerpt(rec))
             continue
@@ -236,23 +240,29 @@ def _own_records(path: Path, ctx: AdapterContext) -> Iterator[tuple[int, Any, Re
         yield from iter_json_records(path, ctx.max_record_bytes)
 
 
+def _check_own_columns(line: int, rec: Any) -> None:
+    if not isinstance(rec, dict):
+        raise FormatError(line, "expected records with an image column and a text column")
+    if not any(c in rec for c in OWN_IMAGE_COLS) or not any(c in rec for c in OWN_TEXT_COLS):
+        raise FormatError(
+            line, f"the record has columns {sorted(rec)[:8]}; a manifest needs one of {OWN_IMAGE_COLS} and one of {OWN_TEXT_COLS}"
+        )
+
+
+def _muge_to_cnclip(rec: Any) -> Any:
+    """MUGE names its fields query_id/query_text/item_ids; the rest of the adapter reads Chinese-CLIP's."""
+    if isinstance(rec, dict) and "query_id" in rec:
+        return {"text_id": rec.get("query_id"), "text": rec.get("query_text"), "image_ids": rec.get("item_ids")}
+    return rec
+
+
 def own(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject]:
     """A user's own manifest (Parquet, JSONL or CSV): an image column and a text column, optional
     `sample_id`, `text_kind`, `license`, `image_key`."""
-    first = True
-    for line, rec, rej in _own_records(path, ctx):
+    for line, rec, rej in _first_checked(_own_records(path, ctx), _check_own_columns):
         if rej is not None:
-            first = False
             yield rej
             continue
-        if first:
-            if not isinstance(rec, dict):
-                raise FormatError(line, "expected records with an image column and a text column")
-            if not any(c in rec for c in OWN_IMAGE_COLS) or not any(c in rec for c in OWN_TEXT_COLS):
-                raise FormatError(
-                    line, f"the record has columns {sorted(rec)[:8]}; a manifest needs one of {OWN_IMAGE_COLS} and one of {OWN_TEXT_COLS}"
-                )
-        first = False
         if not isinstance(rec, dict):
             yield Reject(line, ["not_object"], "record is not an object", _json_excerpt(rec))
             continue
