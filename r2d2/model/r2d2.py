@@ -172,12 +172,7 @@ class R2D2Model(nn.Module):
         if not self.has_cross:
             raise RuntimeError("PRD2 has no cross encoders: use the contrastive similarity instead")
         image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=image_tokens.device)
-        t2i = self.text_joint_layer(
-            encoder_embeds=text_tokens,
-            attention_mask=text_mask,
-            encoder_hidden_states=image_tokens,
-            encoder_attention_mask=image_mask,
-        ).last_hidden_state[:, 0]
+        t2i = self._text_to_image_states(image_tokens, text_tokens, text_mask)[:, 0]
         i2t = self.img_joint_layer(
             encoder_embeds=self.img_joint_proj(image_tokens),
             attention_mask=image_mask,
@@ -185,6 +180,18 @@ class R2D2Model(nn.Module):
             encoder_attention_mask=text_mask,
         ).last_hidden_state[:, 0]
         return self.itm_head(t2i), self.itm_head_i(i2t)
+
+    def _text_to_image_states(
+        self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Text tokens after the text->image cross encoder (every image token is attended to)."""
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=image_tokens.device)
+        return self.text_joint_layer(
+            encoder_embeds=text_tokens,
+            attention_mask=text_mask,
+            encoder_hidden_states=image_tokens,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
 
     def match_score(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """P(match) averaged over the two cross encoders, [B]."""
@@ -203,13 +210,7 @@ class R2D2Model(nn.Module):
         [B, L, V], or [M, V] for the M positions where `select` is true: projecting only the
         masked positions onto the 21k vocabulary is most of the MLM cost saved.
         """
-        image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=image_tokens.device)
-        states = self.text_joint_layer(
-            encoder_embeds=masked_text_tokens,
-            attention_mask=text_mask,
-            encoder_hidden_states=image_tokens,
-            encoder_attention_mask=image_mask,
-        ).last_hidden_state
+        states = self._text_to_image_states(image_tokens, masked_text_tokens, text_mask)
         if select is not None:
             states = states[select]
         return self.mlm_head(states)

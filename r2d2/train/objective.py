@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from r2d2.config import TrainConfig
+from r2d2.config import LossWeights, TrainConfig
 from r2d2.losses import (
     FgDLoss,
     FGRLoss,
@@ -44,6 +44,23 @@ class Batch:
         return Batch(*(move(getattr(self, f)) for f in ("images", "input_ids", "attention_mask", "image_ids", "labels")))
 
 
+def effective_weights(cfg: TrainConfig, has_cross: bool) -> LossWeights:
+    """The loss weights a run really uses: fine-tuning for retrieval is GCPR + FGR (official
+    recipe), and PRD2 has no cross encoders for FGR or MLM."""
+    w = cfg.losses
+    if cfg.task != "pretrain":
+        w = w.model_copy(update={"mlm": 0.0, "tgd": 0.0, "fgd": 0.0})
+    if not has_cross:
+        w = w.model_copy(update={"fgr": 0.0, "mlm": 0.0})
+    return w
+
+
+def needs_teacher(cfg: TrainConfig, has_cross: bool) -> bool:
+    """A momentum teacher is built only when a distillation term (TgD, FgD) is on."""
+    w = effective_weights(cfg, has_cross)
+    return cfg.task == "pretrain" and (w.tgd > 0 or w.fgd > 0)
+
+
 class R2D2Objective(nn.Module):
     """Pre-training (GCPR + FGR + MLM + TgD + FgD) and fine-tuning (retrieval, matching) losses."""
 
@@ -51,12 +68,7 @@ class R2D2Objective(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        w = cfg.losses
-        if cfg.task != "pretrain":  # fine-tuning for retrieval is GCPR + FGR (official recipe)
-            w = w.model_copy(update={"mlm": 0.0, "tgd": 0.0, "fgd": 0.0})
-        if not model.has_cross:
-            w = w.model_copy(update={"fgr": 0.0, "mlm": 0.0})
-        self.weights = w
+        self.weights = effective_weights(cfg, model.has_cross)
         # The teacher is not a submodule: DDP must not see it, and it is checkpointed on its own.
         self._teacher = [teacher]
         self.gcpr = GCPRLoss()
@@ -72,7 +84,7 @@ class R2D2Objective(nn.Module):
 
     @property
     def uses_teacher(self) -> bool:
-        return self.cfg.task == "pretrain" and (self.weights.tgd > 0 or self.weights.fgd > 0)
+        return needs_teacher(self.cfg, self.model.has_cross)
 
     def forward(self, batch: Batch, alpha: float = 0.0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         if self.cfg.task == "matching":

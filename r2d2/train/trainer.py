@@ -29,7 +29,7 @@ from r2d2.model.r2d2 import R2D2Model, build_model
 from r2d2.model.teacher import MomentumTeacher
 from r2d2.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from r2d2.train.distributed import DistInfo, init_distributed
-from r2d2.train.objective import R2D2Objective
+from r2d2.train.objective import R2D2Objective, needs_teacher
 from r2d2.train.schedule import build_scheduler
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -102,10 +102,9 @@ def train(
         model.dual.visual_encoder.requires_grad_(False)
 
     teacher = None
-    objective = R2D2Objective(model, cfg)
-    if objective.uses_teacher:
+    if needs_teacher(cfg, model.has_cross):
         teacher = MomentumTeacher(model.dual, cfg.distill.momentum, cfg.distill.queue_size).to(di.device)
-        objective = R2D2Objective(model, cfg, teacher)
+    objective = R2D2Objective(model, cfg, teacher)
     wrapped: torch.nn.Module = objective
     if di.distributed:
         wrapped = DDP(objective, device_ids=[di.local_rank] if di.device.type == "cuda" else None,
