@@ -6,15 +6,17 @@ import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from data.helpers import gx_copy, small_demo
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from r2d2.cli import main
+from r2d2.data import shards as shards_mod
 from r2d2.data import snapshot as snapshot_mod
 from r2d2.data.ingest import IngestConfig, ingest
-from r2d2.data.shards import iter_snapshot_samples, process_image, snapshot_summary
+from r2d2.data.shards import iter_snapshot_samples, process_image, snapshot_summary, thumbnail_size
 from r2d2.data.snapshot import snapshot, snapshot_config
 from r2d2.data.validation import ImageRulesConfig, validate_config
 from r2d2.errors import UserError
@@ -77,7 +79,8 @@ def test_resume_skips_finished_shards(work: Path, monkeypatch: pytest.MonkeyPatc
         return real(self, source, ref)
 
     monkeypatch.setattr(snapshot_mod.Fetcher, "fetch", counting)
-    cfg = snapshot_config({"shard_rows": 50, "max_side": 16, "progress": False})
+    # other thread counts than the first run's: how fast, not what, so finished shards still count
+    cfg = snapshot_config({"shard_rows": 50, "max_side": 16, "progress": False, "image_workers": 1, "download": {"concurrency": 3}})
     vcfg = validate_config({"gx_mode": "off", "progress": False})
     again = snapshot(work / "val", work / "snap", cfg, vcfg)
     assert calls == [] and again["snapshot_hash"] == before["snapshot_hash"]
@@ -141,6 +144,59 @@ def test_process_image_guards_and_resizes() -> None:
     pal = process_image(enc(Image.new("P", (40, 40))), rules, max_side=64)
     assert pal.rules == [] and Image.open(io.BytesIO(pal.data)).mode == "RGB"
     assert process_image(b"", rules, 64).rules == ["decodable"]
+
+
+def _photo(w: int, h: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """Smooth gradients plus a few shapes: resizing error shows up, unlike on a flat image."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    ImageDraw.Draw(img).ellipse([w // 5, h // 4, w // 2, h // 2], fill=(250, 20, 30))
+    return img.convert(mode)
+
+
+@pytest.mark.parametrize(("w", "h", "mode", "side"), [
+    (400, 300, "RGB", 224), (300, 520, "RGB", 224), (512, 512, "L", 64), (990, 333, "RGB", 64), (230, 100, "RGB", 224),
+    (100, 80, "RGB", 224), (640, 480, "CMYK", 224),
+])
+def test_jpeg_fast_path_agrees_with_pillow(w: int, h: int, mode: str, side: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEGs decoded by libjpeg-turbo at an M/8 scale end at Pillow's size with nearly Pillow's pixels."""
+
+    def jpeg(seed: int) -> bytes:
+        buf = io.BytesIO()
+        _photo(w, h, mode, seed).save(buf, format="JPEG", quality=92)
+        return buf.getvalue()
+
+    def pixels(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+
+    out = process_image(jpeg(0), ImageRulesConfig(), max_side=side, fmt="jpg")
+    assert out.rules == [] and (out.width, out.height) == thumbnail_size(w, h, side)
+    monkeypatch.setattr(shards_mod, "_decode_jpeg_scaled", lambda data, max_side: None)  # Pillow's path only
+    ref = process_image(jpeg(0), ImageRulesConfig(), max_side=side, fmt="jpg")
+    other = process_image(jpeg(1), ImageRulesConfig(), max_side=side, fmt="jpg")
+    crop = (slice(0, min(out.height, ref.height)), slice(0, min(out.width, ref.width)))  # Pillow's path may round 1 px off
+    diff = np.abs(pixels(out.data)[crop] - pixels(ref.data)[crop]).mean()
+    assert diff < 6.0, diff  # of 255: scaling and re-encoding noise (small outputs show the most)
+    assert np.abs(pixels(other.data)[crop] - pixels(ref.data)[crop]).mean() > 4 * diff  # a different picture is far off
+
+
+def test_jpeg_fast_path_leaves_corrupt_bodies_to_pillow() -> None:
+    buf = io.BytesIO()
+    _photo(300, 200).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    truncated = process_image(data[: len(data) // 2], ImageRulesConfig(), max_side=64, fmt="jpg")
+    assert truncated.rules == ["decodable"] and not truncated.decodable and truncated.data is None
+    progressive = io.BytesIO()
+    _photo(300, 200).save(progressive, format="JPEG", quality=90, progressive=True)
+    assert process_image(progressive.getvalue(), ImageRulesConfig(), max_side=64, fmt="jpg").rules == []
+
+
+def test_thumbnail_size_is_pillows() -> None:
+    rng = np.random.default_rng(0)
+    for w, h, side in zip(rng.integers(1, 2000, 500), rng.integers(1, 2000, 500), rng.choice([16, 64, 224, 333], 500), strict=True):
+        img = Image.new("L", (int(w), int(h)))
+        img.thumbnail((int(side), int(side)))
+        assert thumbnail_size(int(w), int(h), int(side)) == img.size, (w, h, side)
 
 
 def test_summary_missing_is_user_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tarfile
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from r2d2.data.manifest import read_json
@@ -71,33 +74,77 @@ def process_image(data: bytes, rules: ImageRulesConfig, max_side: int, fmt: str 
             if out.rules:
                 out.detail = f"{im.width}x{im.height}: breaks {', '.join(out.rules)}"
                 return out
-            if im.format == "JPEG" and max(im.size) > max_side:
-                # Let libjpeg shrink by 1/2..1/8 while decoding (measured: most of the decode cost).
-                im.draft("RGB", (max_side, max_side))
-            im.load()  # truncated or corrupt bodies fail here
-            if im.mode == "RGB":
-                rgb = im.copy()
-            elif im.mode in ("P", "LA", "PA"):
-                rgb = im.convert("RGBA").convert("RGB")
-            else:
-                rgb = im.convert("RGB")
+            rgb = _decode_jpeg_scaled(data, max_side) if im.format == "JPEG" and im.mode in ("RGB", "L") else None
+            scaled = rgb is not None
+            if rgb is None:
+                if im.format == "JPEG" and max(im.size) > max_side:
+                    im.draft("RGB", (max_side, max_side))  # libjpeg shrinks by 1/2..1/8 while decoding
+                im.load()  # truncated or corrupt bodies fail here
+                if im.mode == "RGB":
+                    rgb = im.copy()
+                elif im.mode in ("P", "LA", "PA"):
+                    rgb = im.convert("RGBA").convert("RGB")
+                else:
+                    rgb = im.convert("RGB")
     except Image.DecompressionBombError as err:
         out.rules, out.detail = ["max_pixels"], str(err)
         return out
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         out.decodable, out.rules, out.detail = False, ["decodable"], f"{type(err).__name__}: {err}"
         return out
-    if max(rgb.size) > max_side:
-        # Box filter (area average, img2dataset's default): ~3x cheaper than bicubic when shrinking.
+    # Box filter (area average, img2dataset's default): ~3x cheaper than bicubic when shrinking.
+    if scaled:  # the size from the original dimensions, as the Pillow path's thumbnail gives it
+        size = thumbnail_size(out.orig_width, out.orig_height, max_side)
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.BOX)
+    elif max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.BOX)
-    buf = io.BytesIO()
     if fmt == "png":
+        buf = io.BytesIO()
         rgb.save(buf, format="PNG", compress_level=6)
-    else:
-        rgb.save(buf, format="JPEG", quality=jpeg_quality)
-    out.data = buf.getvalue()
+        out.data = buf.getvalue()
+    else:  # libjpeg-turbo as Pillow's encoder is, minus Pillow's Python-side encoder setup; 4:2:0 like Pillow
+        out.data = simplejpeg.encode_jpeg(np.asarray(rgb), quality=jpeg_quality, colorspace="RGB", colorsubsampling="420")
     out.width, out.height = rgb.size
     return out
+
+
+def thumbnail_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size `Image.thumbnail((max_side, max_side))` gives a width x height image (never larger).
+
+    Pillow keeps no public helper for it; this follows its rule (the rounding of the shorter
+    side that keeps the aspect ratio closest) so the DCT-scaled path lands on the same size.
+    """
+    if width <= max_side and height <= max_side:
+        return width, height
+    aspect = width / height
+    if aspect <= 1:  # portrait or square: the height becomes max_side
+        w = max(min(math.floor(max_side * aspect), math.ceil(max_side * aspect), key=lambda n: abs(aspect - n / max_side)), 1)
+        return w, max_side
+    h = max(min(math.floor(max_side / aspect), math.ceil(max_side / aspect), key=lambda n: 0 if n == 0 else abs(aspect - max_side / n)), 1)
+    return max_side, h
+
+
+def _decode_jpeg_scaled(data: bytes, max_side: int) -> Image.Image | None:
+    """Decode a baseline RGB/gray JPEG straight to about the target size, or None to let Pillow try.
+
+    libjpeg-turbo can scale by any M/8 inside the inverse DCT; Pillow's `draft` only uses 1/2,
+    1/4 and 1/8, so a 400 px photo going to 224 px is decoded at full size there and at 5/8
+    here (less IDCT work and a smaller image left to resample). The scale chosen keeps the
+    longer side >= `max_side`, so the box-filter resize that follows only ever shrinks. Strict
+    mode raises on any libjpeg warning: such a body falls back to Pillow, which stays the one
+    judge of "decodable", exactly as before this fast path existed.
+    """
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        side = min(max_side, max(height, width))
+        if width >= height:
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=side, strict=True)
+        else:
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=side, strict=True)
+    except (ValueError, RuntimeError):
+        return None
+    return Image.fromarray(arr)
 
 
 def write_tar(path: str | Path, samples: list[dict[str, Any]], ext: str) -> Path:

@@ -21,6 +21,8 @@ Layout of a snapshot folder:
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,9 +66,20 @@ class SnapshotConfig(BaseModel):
     max_side: int = Field(64, gt=0)  # resize so the longer side is at most this (never upscale)
     format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(90, ge=1, le=100)
+    # Threads decoding/resizing at once per process (fetching has `download.concurrency`);
+    # None: the CPUs this process may use.
+    image_workers: int | None = Field(None, gt=0)
     max_failed_share: float = Field(0.5, ge=0, le=1)  # ledger rows / input rows before the run stops
     progress: bool = True
     download: DownloadConfig = DownloadConfig()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as a container or taskset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def snapshot_config(raw: dict[str, Any] | None) -> SnapshotConfig:
@@ -92,7 +105,8 @@ def plan_shards(in_dir: str | Path, out_dir: str | Path, cfg: SnapshotConfig, ru
     for p in parts:
         check_schema(p)
     settings = cfg.model_dump(exclude={"progress"})
-    settings["download"].pop("concurrency")
+    settings["download"].pop("concurrency")  # how fast, not what: changing it must not restart a snapshot
+    settings.pop("image_workers")
     fingerprint = {"parts": [[p.name, file_sha256(p)] for p in parts], "settings": settings, "rules": rules.model_dump()}
     marker = out_dir / "plan" / "plan.json"
     if marker.exists() and read_json(marker)["fingerprint"] == fingerprint:
@@ -150,9 +164,17 @@ def snapshot_shard(
         refs.setdefault((row["image_source"], row["image_ref"]), []).append(row)
     fetcher = Fetcher(cfg.download)
 
+    # Fetching waits on the network, so it gets `concurrency` threads; decoding is CPU work, so at
+    # most `image_workers` threads do it at once. More would only queue on the cores and the GIL
+    # (measured on 2 cores: 16 threads decoding cost ~10 % more CPU per image than 2).
+    cpu_slots = threading.BoundedSemaphore(cfg.image_workers or available_cpus())
+
     def work(ref: tuple[str, str]) -> tuple[Fetched, ProcessedImage | None]:
         f = fetcher.fetch(*ref)
-        img = None if f.data is None else process_image(f.data, rules, cfg.max_side, cfg.format, cfg.jpeg_quality)
+        img = None
+        if f.data is not None:
+            with cpu_slots:
+                img = process_image(f.data, rules, cfg.max_side, cfg.format, cfg.jpeg_quality)
         if progress is not None:
             progress("failed" if img is None else "quarantined" if img.rules else "ok")
         return f, img
