@@ -29,7 +29,7 @@ from r2d2.model.r2d2 import R2D2Model, build_model
 from r2d2.model.teacher import MomentumTeacher
 from r2d2.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from r2d2.train.distributed import DistInfo, init_distributed
-from r2d2.train.objective import R2D2Objective, needs_teacher
+from r2d2.train.objective import Batch, R2D2Objective, needs_teacher
 from r2d2.train.schedule import build_scheduler
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -74,6 +74,31 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def train_step(
+    wrapped: torch.nn.Module, model: R2D2Model, teacher: MomentumTeacher | None, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, batch: Batch, alpha: float, generator: torch.Generator,
+    grad_clip: float, use_bf16: bool,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step: objective (bf16 autocast on GPU), backward, clip, AdamW, schedule,
+    temperature clamp, momentum-teacher update and queue push. `benchmarks/bench_train.py` times
+    exactly this function, so its figures are the trainer's."""
+    device_type = batch.images.device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=use_bf16):
+        terms = wrapped(batch, alpha=alpha, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    model.dual.clamp_temperature()
+    if teacher is not None:
+        teacher.update(model.dual)
+        if teacher.queue is not None:
+            teacher.queue.enqueue(*terms["_teacher_feats"], batch.image_ids)
+    return terms
 
 
 def train(
@@ -172,19 +197,7 @@ def train(
             epoch, in_epoch = divmod(step, steps_per_epoch)
             batch = data.batch(epoch, in_epoch, cfg.batch_size, cfg.seed, di.rank, di.world_size).to(di.device)
             alpha = cfg.distill.alpha * min(1.0, step / ramp) if ramp > 0 else cfg.distill.alpha
-            with torch.autocast(device_type=di.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                terms = wrapped(batch, alpha=alpha, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            model.dual.clamp_temperature()
-            if teacher is not None:
-                teacher.update(model.dual)
-                if teacher.queue is not None:
-                    teacher.queue.enqueue(*terms["_teacher_feats"], batch.image_ids)
+            terms = train_step(wrapped, model, teacher, optimizer, scheduler, batch, alpha, generator, cfg.grad_clip, use_bf16)
             n = batch.images.shape[0] * di.world_size
             seen += n
             samples_total += n
