@@ -194,6 +194,14 @@ def write_inputs(work: Path, images: list[tuple[str, bytes, str]], base: str) ->
 # --- the two tools, each in its own subprocess -----------------------------------------------------
 
 
+def _self_cpu_s() -> float:
+    """CPU seconds of this driver process alone: while a tool runs, that is the image server."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process and of its children that have exited (pool workers, logger)."""
     import resource
@@ -252,7 +260,7 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
     cfg = SnapshotConfig(
         shard_rows=spec["shard_rows"], max_side=spec["max_side"], format="jpg", jpeg_quality=spec["quality"], progress=False,
-        download=DownloadConfig(concurrency=spec["threads"], retries=0),
+        download=DownloadConfig(concurrency=spec["threads"], retries=0), image_workers=spec.get("image_workers"),
     )
     vcfg = ValidateConfig(gx_mode="aggregates" if spec["gx"] else "off", data_docs=False, progress=False, gx_root=spec["gx_root"])
     in_dir, out_dir = Path(spec["input"]), Path(spec["out"])
@@ -341,7 +349,11 @@ def main() -> None:
     ap.add_argument("--processes", default="1,2", help="comma list of process counts (both tools)")
     ap.add_argument("--threads", type=int, default=16, help="threads per process (both tools; our default concurrency)")
     ap.add_argument("--sizes", default="224,64", help="comma list of target longer sides (224: R2D2's ViT input; 64: our default)")
-    ap.add_argument("--shard-rows", type=int, default=500, help="images per shard (both tools)")
+    ap.add_argument("--image-workers", type=int, default=None,
+                    help="ours: snapshot.image_workers (decoding threads per process; default: the CPUs / processes)")
+    ap.add_argument("--shard-rows", type=int, default=250,
+                    help="images per shard (both tools); 250 makes 6 shards, an equal share for 1, 2 or 3 processes "
+                         "(with 500 the third shard ran alone, so P=2 measured one process for a third of the window)")
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -377,7 +389,7 @@ def main() -> None:
         warm_inputs = dict(zip(("ours", "img2dataset"), write_inputs(work / "warm", images[:100], server.base), strict=True))
         pythons = {"ours": sys.executable, "img2dataset": i2d_python}
         base_spec = {"threads": args.threads, "shard_rows": args.shard_rows, "quality": args.quality, "gx": args.gx,
-                     "gx_root": str(gx_root), "start_method": args.start_method}
+                     "gx_root": str(gx_root), "start_method": args.start_method, "image_workers": args.image_workers}
         print(f"[bench] {len(images)} images (mean {sum(len(b) for _, b, _ in images) / len(images) / 1024:.0f} KiB) on {server.base}; "
               f"img2dataset {i2d_version}; load avg {load_start}", flush=True)
         for tool in tools:  # warm-up: page cache, .pyc files, first-import costs; not timed
@@ -389,8 +401,9 @@ def main() -> None:
                     for tool in tools if rep % 2 == 0 else tools[::-1]:  # alternate who goes first
                         out = work / f"out-{tool}-s{size}-p{p}-r{rep}"
                         spec = {**base_spec, "input": str(inputs[tool]), "out": str(out), "processes": p, "max_side": size}
-                        hits0, load = server.hits, common.loadavg()
+                        hits0, load, server_cpu0 = server.hits, common.loadavg(), _self_cpu_s()
                         res = run_tool(tool, pythons[tool], spec)
+                        res["server_cpu_s"] = _self_cpu_s() - server_cpu0  # this driver = the image server's threads
                         res["hits"] = server.hits - hits0
                         res.update(check_output(tool, res, len(images), size))
                         if res["hits"] != len(images):
@@ -400,11 +413,12 @@ def main() -> None:
                         n = len(images)
                         run = {"tool": tool, "max_side": size, "processes": p, "threads": args.threads, "repeat": rep, "load_before": load,
                                **res, "wall_ips": n / res["wall_s"], "shard_ips": n / res["shard_s"],
-                               "cpu_ms_per_img": 1000 * res["cpu_s"] / n, "shard_cpu_ms_per_img": 1000 * res["shard_cpu_s"] / n}
+                               "cpu_ms_per_img": 1000 * res["cpu_s"] / n, "server_cpu_ms_per_img": 1000 * res["server_cpu_s"] / n, "shard_cpu_ms_per_img": 1000 * res["shard_cpu_s"] / n}
                         runs.append(run)
                         print(f"[run] {size}px P={p} T={args.threads} rep {rep} {tool:11s} wall {res['wall_s']:6.2f} s = "
                               f"{run['wall_ips']:5.0f} img/s | shards {run['shard_ips']:5.0f} img/s | CPU ms/img "
-                              f"{run['cpu_ms_per_img']:5.2f} all, {run['shard_cpu_ms_per_img']:5.2f} in shards | load {load}", flush=True)
+                              f"{run['cpu_ms_per_img']:5.2f} all, {run['shard_cpu_ms_per_img']:5.2f} in shards | server CPU ms/img "
+                              f"{run['server_cpu_ms_per_img']:4.2f} | load {load}", flush=True)
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -415,7 +429,7 @@ def main() -> None:
             row: dict[str, Any] = {"max_side": size, "processes": p, "threads": args.threads}
             for tool in tools:
                 sel = [r for r in runs if r["tool"] == tool and r["processes"] == p and r["max_side"] == size]
-                for metric in ("wall_ips", "shard_ips", "cpu_ms_per_img", "shard_cpu_ms_per_img"):
+                for metric in ("wall_ips", "shard_ips", "cpu_ms_per_img", "shard_cpu_ms_per_img", "server_cpu_ms_per_img"):
                     row[f"{tool}_{metric}"] = round(common.median([r[metric] for r in sel]), 2)
                     row[f"{tool}_{metric}_range"] = common.spread([r[metric] for r in sel], 2 if "cpu" in metric else 0)
                 row[f"{tool}_mean_jpg_bytes"] = round(common.median([r["mean_jpg_bytes"] for r in sel]))
