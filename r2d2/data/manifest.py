@@ -177,6 +177,17 @@ def parquet_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.parquet"))
 
 
+def manifest_parts(in_dir: str | Path, run_first: str) -> list[Path]:
+    """The schema-checked manifest parts of a stage's input folder; none is a UserError saying
+    which command (`run_first`) makes them."""
+    parts = parquet_files(Path(in_dir) / "manifest")
+    if not parts:
+        raise UserError(f"{in_dir}: no manifest/*.parquet here; run {run_first} first")
+    for p in parts:
+        check_schema(p)
+    return parts
+
+
 def count_rows(paths: Iterable[str | Path]) -> int:
     """Row count from Parquet footers only (no data read)."""
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)

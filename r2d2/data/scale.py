@@ -19,10 +19,9 @@ from r2d2.data import ingest as ingest_mod
 from r2d2.data import snapshot as snapshot_mod
 from r2d2.data import validation as validation_mod
 from r2d2.data.ingest import IngestConfig
-from r2d2.data.manifest import check_schema, parquet_files
+from r2d2.data.manifest import manifest_parts
 from r2d2.data.snapshot import SnapshotConfig
 from r2d2.data.validation import ValidateConfig
-from r2d2.errors import UserError
 
 
 class ScaleConfig(BaseModel):
@@ -82,11 +81,7 @@ def _ingest(tasks: dict[str, Any], inputs: list[str | Path], source: str, out: P
 
 
 def _validate(tasks: dict[str, Any], in_dir: Path, out: Path, cfg: ValidateConfig) -> dict[str, Any]:
-    parts = parquet_files(in_dir / "manifest")
-    if not parts:
-        raise UserError(f"{in_dir}: no manifest/*.parquet here; run `r2d2 ingest` first")
-    for p in parts:
-        check_schema(p)
+    parts = manifest_parts(in_dir, "`r2d2 ingest`")
     ingest_mod.clear_outputs(out, ("manifest/*.parquet", "quarantine/validate-*.parquet", "validate.json"))
     masks = validation_mod.duplicate_masks(parts)  # global: the one pass that sees every part
     futures = [tasks["validate"].submit(i, p, m, out, _quiet(cfg)) for i, (p, m) in enumerate(zip(parts, masks, strict=True))]

@@ -43,9 +43,8 @@ from r2d2.data.manifest import (
     QUARANTINE_SCHEMA,
     SHARD_SCHEMA,
     ParquetBatchWriter,
-    check_schema,
     file_sha256,
-    parquet_files,
+    manifest_parts,
     read_json,
     read_table,
     write_json,
@@ -99,11 +98,7 @@ def plan_shards(in_dir: str | Path, out_dir: str | Path, cfg: SnapshotConfig, ru
     only when the input or a setting that changes the output changed.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    parts = parquet_files(in_dir / "manifest")
-    if not parts:
-        raise UserError(f"{in_dir}: no manifest/*.parquet here; run `r2d2 validate` (or `r2d2 ingest`) first")
-    for p in parts:
-        check_schema(p)
+    parts = manifest_parts(in_dir, "`r2d2 validate` (or `r2d2 ingest`)")
     settings = cfg.model_dump(exclude={"progress"})
     settings["download"].pop("concurrency")  # how fast, not what: changing it must not restart a snapshot
     settings.pop("image_workers")

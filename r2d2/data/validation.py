@@ -31,8 +31,8 @@ from r2d2.data.manifest import (
     MANIFEST_SCHEMA,
     QUARANTINE_SCHEMA,
     ParquetBatchWriter,
-    check_schema,
     iter_batches,
+    manifest_parts,
     parquet_files,
     write_json,
 )
@@ -250,11 +250,7 @@ def validate_manifest(in_dir: str | Path, out_dir: str | Path, cfg: ValidateConf
     """Validate every part of an ingest output folder (one unit per part) and merge."""
     cfg = cfg or ValidateConfig()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    parts = parquet_files(in_dir / "manifest")
-    if not parts:
-        raise UserError(f"{in_dir}: no manifest/*.parquet here; run `r2d2 ingest ... --out {in_dir}` first")
-    for p in parts:
-        check_schema(p)
+    parts = manifest_parts(in_dir, f"`r2d2 ingest ... --out {in_dir}`")
     clear_outputs(out_dir, ("manifest/*.parquet", "quarantine/validate-*.parquet", "validate.json"))
     masks = duplicate_masks(parts)
     bar = tqdm(list(zip(parts, masks, strict=True)), desc="validate", unit="part", disable=not cfg.progress)
@@ -319,9 +315,8 @@ def ensure_checkpoint(ctx: Any, name: str, expectations: list[tuple[str, dict[st
     The suite is rewritten only when its expectations differ from the ones the config asks for,
     so the committed files under great_expectations/ stay stable between runs.
     """
-    import great_expectations.expectations as gxe
-
     import great_expectations as gx
+    import great_expectations.expectations as gxe
 
     ds = _gx_get(ctx.data_sources.get, "r2d2") or ctx.data_sources.add_pandas("r2d2")
     asset = _gx_get(ds.get_asset, name) or ds.add_dataframe_asset(name)
