@@ -174,11 +174,8 @@ def snapshot_shard(
             progress("failed" if img is None else "quarantined" if img.rules else "ok")
         return f, img
 
-    try:
-        with ThreadPoolExecutor(max_workers=cfg.download.concurrency) as pool:
-            results = list(pool.map(work, list(refs)))
-    finally:
-        fetcher.http.clear()  # close pooled sockets now, not at garbage collection
+    with fetcher, ThreadPoolExecutor(max_workers=cfg.download.concurrency) as pool:
+        results = list(pool.map(work, list(refs)))
     samples: dict[str, dict[str, Any]] = {}
     shard_rows, ledger, quarantine, stats = [], [], [], []
     for (src, ref), (f, img) in zip(refs, results, strict=True):

@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 serving images and every kind of web failure the downloader meets.
 
 Routes are data (`Route`): status, body, content type, a delay before the headers, a redirect
-target, or a number of 503s before success (to prove that retries happen and are counted).
+target, a number of 503s before success (to prove that retries happen and are counted), a
+missing or lying Content-Length, or a body dripped out slowly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class Route:
     delay: float = 0.0  # seconds before answering (slow server)
     location: str | None = None  # redirect target (path)
     fail_first: int = 0  # answer 503 this many times, then the real response
-    content_length: int | None = None  # a lying Content-Length header
+    content_length: int | None = None  # a lying Content-Length header; -1: none (body ends at close)
+    drip: float = 0.0  # seconds between 1 kB pieces of the body (slow-drip server)
 
 
 class ImageServer:
@@ -55,10 +57,16 @@ class ImageServer:
                     self.send_header("Location", route.location)
                 self.send_header("Content-Type", route.content_type)
                 length = route.content_length if route.content_length is not None else len(route.body)
-                self.send_header("Content-Length", str(length))
+                if length >= 0:
+                    self.send_header("Content-Length", str(length))
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(route.body)
+                    if not route.drip:
+                        self.wfile.write(route.body)
+                    for i in range(0, len(route.body) if route.drip else 0, 1024):
+                        self.wfile.write(route.body[i : i + 1024])
+                        self.wfile.flush()
+                        time.sleep(route.drip)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
