@@ -171,13 +171,26 @@ def test_jpeg_fast_path_agrees_with_pillow(w: int, h: int, mode: str, side: int,
 
     out = process_image(jpeg(0), ImageRulesConfig(), max_side=side, fmt="jpg")
     assert out.rules == [] and (out.width, out.height) == thumbnail_size(w, h, side)
-    monkeypatch.setattr(shards_mod, "_decode_jpeg_scaled", lambda data, max_side: None)  # Pillow's path only
+    monkeypatch.setattr(shards_mod, "_decode_jpeg_scaled", lambda *args: None)  # Pillow's path only
     ref = process_image(jpeg(0), ImageRulesConfig(), max_side=side, fmt="jpg")
     other = process_image(jpeg(1), ImageRulesConfig(), max_side=side, fmt="jpg")
     crop = (slice(0, min(out.height, ref.height)), slice(0, min(out.width, ref.width)))  # Pillow's path may round 1 px off
     diff = np.abs(pixels(out.data)[crop] - pixels(ref.data)[crop]).mean()
     assert diff < 6.0, diff  # of 255: scaling and re-encoding noise (small outputs show the most)
     assert np.abs(pixels(other.data)[crop] - pixels(ref.data)[crop]).mean() > 4 * diff  # a different picture is far off
+
+
+@pytest.mark.parametrize(("w", "h", "rule"), [(8, 8, "min_side"), (300, 20, "aspect_ratio"), (1200, 1000, "max_pixels"), (20, 30, None)])
+def test_jpeg_header_rules_match_pillows(w: int, h: int, rule: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path reads JPEG headers itself; it must reject exactly what the Pillow path rejects."""
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (9, 99, 199)).save(buf, format="JPEG")
+    rules = ImageRulesConfig(min_side=16, max_pixels=1_000_000)
+    fast = process_image(buf.getvalue(), rules, max_side=64, fmt="jpg")
+    monkeypatch.setattr(shards_mod, "_decode_jpeg_scaled", lambda *args: None)
+    ref = process_image(buf.getvalue(), rules, max_side=64, fmt="jpg")
+    assert fast.rules == ref.rules == ([rule] if rule else [])
+    assert (fast.detail, fast.orig_width, fast.orig_height, fast.data is None) == (ref.detail, ref.orig_width, ref.orig_height, ref.data is None)
 
 
 def test_jpeg_fast_path_leaves_corrupt_bodies_to_pillow() -> None:
@@ -189,6 +202,29 @@ def test_jpeg_fast_path_leaves_corrupt_bodies_to_pillow() -> None:
     progressive = io.BytesIO()
     _photo(300, 200).save(progressive, format="JPEG", quality=90, progressive=True)
     assert process_image(progressive.getvalue(), ImageRulesConfig(), max_side=64, fmt="jpg").rules == []
+
+
+@pytest.mark.parametrize("variant", ["RGB", "RGBA", "L", "LA", "P", "P-transparency", "L-transparency", "1", "I;16", "truncated"])
+def test_png_fast_path_is_pillows_pixels(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PNGs decoded by libpng give exactly Pillow's pixels (lossless both ways), or fall back to Pillow."""
+    base = _photo(90, 70)
+    img = {"P-transparency": base.convert("P"), "L-transparency": base.convert("L"), "truncated": base}.get(variant)
+    if variant == "I;16":
+        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+    buf = io.BytesIO()
+    (img or base.convert(variant)).save(buf, format="PNG", **({"transparency": 3} if "transparency" in variant else {}))
+    data = buf.getvalue()[: len(buf.getvalue()) // 2] if variant == "truncated" else buf.getvalue()
+    assert Image.open(io.BytesIO(data)).mode == (variant.split("-")[0] if variant != "truncated" else "RGB")
+    assert (shards_mod._decode_png(data) is None) == (variant in ("I;16", "truncated"))  # which path runs
+    fast = process_image(data, ImageRulesConfig(min_side=16), max_side=64, fmt="png")
+    monkeypatch.setattr(shards_mod, "_decode_png", lambda data: None)
+    ref = process_image(data, ImageRulesConfig(min_side=16), max_side=64, fmt="png")
+    assert (fast.rules, fast.width, fast.height) == (ref.rules, ref.width, ref.height)
+    if variant == "truncated":
+        assert fast.rules == ["decodable"] and fast.data is None
+    else:
+        assert fast.rules == [] and (fast.width, fast.height) == (64, 50)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast.data))), np.asarray(Image.open(io.BytesIO(ref.data))))
 
 
 def test_thumbnail_size_is_pillows() -> None:
