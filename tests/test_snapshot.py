@@ -210,7 +210,7 @@ def test_png_fast_path_is_pillows_pixels(variant: str, monkeypatch: pytest.Monke
     base = _photo(90, 70)
     img = {"P-transparency": base.convert("P"), "L-transparency": base.convert("L"), "truncated": base}.get(variant)
     if variant == "I;16":
-        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
     buf = io.BytesIO()
     (img or base.convert(variant)).save(buf, format="PNG", **({"transparency": 3} if "transparency" in variant else {}))
     data = buf.getvalue()[: len(buf.getvalue()) // 2] if variant == "truncated" else buf.getvalue()
