@@ -145,3 +145,25 @@ def test_cli_ingest(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["ingest", "--source", "wukong", str(demo / "wukong"), "--out", str(tmp_path), "--no-progress", "--license", "demo"]) == 0
     assert "120 manifest rows" in capsys.readouterr().out
     assert set(_manifest(tmp_path).column("license").to_pylist()) == {"demo"}
+
+
+@pytest.mark.parametrize(("source", "name", "good"), [
+    ("zero", "z.jsonl", {"Title": "红色圆形", "ImageKey": "a", "ImageUrl": "http://h/a.png"}),
+    ("wudaomm", "w.json", {"name": "x", "tag": "猫", "url": "http://h/x.jpg", "captions": ["一只橘猫"]}),
+    ("cnclip", "train_texts.jsonl", {"text_id": 1, "text": "一只橘猫", "image_ids": [1]}),
+    ("manifest", "own.jsonl", {"image": "http://h/1.png", "text": "红色的圆"}),
+])
+def test_stray_non_object_records_are_quarantined(tmp_path: Path, source: str, name: str, good: dict) -> None:
+    """A number or list among the records is one `not_object` reject with its line, not a crash or a silent skip."""
+    f = tmp_path / name
+    records = [good, 42, ["a", "list"], good | ({"ImageKey": "b", "ImageUrl": "http://h/b.png"} if source == "zero" else {})]
+    if name.endswith(".json"):
+        f.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    else:
+        f.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
+    if source == "cnclip":
+        (tmp_path / "train_imgs.tsv").write_text("1\tiVBORw0KGgo\n", encoding="utf-8")
+    s = ingest([f], source, tmp_path / "out", CFG)
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "ingest-00000.parquet").to_pandas()
+    assert s["rules"].get("not_object") == 2 and s["quarantine_rows"] == 2, s
+    assert sorted(r[0] for r in q["rules"]) == ["not_object", "not_object"] and q["raw"].str.contains("42").any()

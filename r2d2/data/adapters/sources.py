@@ -39,11 +39,13 @@ def _json_excerpt(obj: Any) -> str:
 
 
 def _first_checked(records: Iterator[tuple[int, Any, Reject | None]], check: Callable[[int, Any], None],
-                   normalize: Callable[[Any], Any] | None = None) -> Iterator[tuple[int, Any, Reject | None]]:
+                   normalize: Callable[[Any], Any] | None = None,
+                   not_object: str = "record is not a JSON object") -> Iterator[tuple[int, Any, Reject | None]]:
     """Pass rejects through; run `check(line, rec)` on the file's first record if it parsed.
 
     The first record decides whether the file is this format at all, so a wholly wrong file fails
-    fast with a FormatError instead of quarantining every row.
+    fast with a FormatError instead of quarantining every row. A later record that is not an
+    object (a stray number or list in the array) becomes a `not_object` reject.
     """
     first = True
     for line, rec, rej in records:
@@ -52,6 +54,8 @@ def _first_checked(records: Iterator[tuple[int, Any, Reject | None]], check: Cal
                 rec = normalize(rec)
             if first:
                 check(line, rec)
+            if not isinstance(rec, dict):
+                rej = Reject(line, ["not_object"], not_object, _json_excerpt(rec))
         first = False
         yield line, rec, rej
 
@@ -71,9 +75,6 @@ def zero(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject]:
     for line, rec, rej in _first_checked(iter_json_records(path, ctx.max_record_bytes), check):
         if rej is not None:
             yield rej
-            continue
-        if not isinstance(rec, dict):
-            yield Reject(line, ["not_object"], "record is not a JSON object", _json_excerpt(rec))
             continue
         url = as_text(rec.get("ImageUrl"))
         if not url or not url.strip():
@@ -145,9 +146,6 @@ def wudaomm(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject
         if rej is not None:
             yield rej
             continue
-        if not isinstance(rec, dict):
-            yield Reject(line, ["not_object"], "record is not a JSON object", _json_excerpt(rec))
-            continue
         caps = rec.get("captions")
         captions = [as_text(c) for c in caps] if isinstance(caps, list) else [as_text(caps)]
         captions = [c for c in captions if c is not None]
@@ -194,9 +192,6 @@ def cnclip(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject]
     for line, rec, rej in _first_checked(iter_json_records(path, ctx.max_record_bytes), check, _muge_to_cnclip):
         if rej is not None:
             yield rej
-            continue
-        if not isinstance(rec, dict):
-            yield Reject(line, ["not_object"], "record is not a JSON object", _json_excerpt(rec))
             continue
         text, tid, ids = as_text(rec.get("text")), rec.get("text_id"), rec.get("image_ids")
         if text is None or tid is None or not isinstance(ids, list) or not ids:
@@ -259,12 +254,9 @@ def _muge_to_cnclip(rec: Any) -> Any:
 def own(path: Path, ctx: AdapterContext) -> Iterator[dict[str, Any] | Reject]:
     """A user's own manifest (Parquet, JSONL or CSV): an image column and a text column, optional
     `sample_id`, `text_kind`, `license`, `image_key`."""
-    for line, rec, rej in _first_checked(_own_records(path, ctx), _check_own_columns):
+    for line, rec, rej in _first_checked(_own_records(path, ctx), _check_own_columns, not_object="record is not an object"):
         if rej is not None:
             yield rej
-            continue
-        if not isinstance(rec, dict):
-            yield Reject(line, ["not_object"], "record is not an object", _json_excerpt(rec))
             continue
         image = next((as_text(rec[c]) for c in OWN_IMAGE_COLS if rec.get(c) is not None), None)
         text = next((as_text(rec[c]) for c in OWN_TEXT_COLS if rec.get(c) is not None), None)
