@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from data.http_server import ImageServer, Route, closed_port
@@ -115,10 +116,51 @@ def test_threads_share_nothing_and_close_is_final(srv: ImageServer) -> None:
     f.close()
 
 
-def test_non_http_sources(tmp_path) -> None:  # noqa: ANN001 - pytest fixture
+def test_non_http_sources(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(BODY)
     with Fetcher(cfg()) as f:
         assert f.fetch("path", str(tmp_path / "a.jpg")).data == BODY
         assert f.fetch("path", str(tmp_path / "b.jpg")).error_kind == "missing_file"
         assert f.fetch("url", "ftp://127.0.0.1/a.jpg").error_kind == "unsupported_source"
         assert f.fetch("other", "x").error_kind == "unsupported_source"
+
+
+def _self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by its own key: (cert PEM, key PEM) paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "r2d2 test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_https_verifies_certificates(tmp_path: Path) -> None:
+    """An untrusted certificate is a final `connection` error; trusted through `ca_bundle`, the image arrives."""
+    cert, key = _self_signed(tmp_path)
+    with ImageServer({"/ok.jpg": Route(body=BODY, content_type="image/jpeg")}, tls=(cert, key)) as server:
+        url = server.url("/ok.jpg")
+        assert url.startswith("https://")
+        with Fetcher(cfg()) as f:
+            got = f.fetch("url", url)
+        assert (got.data, got.error_kind, got.attempts) == (None, "connection", 1), got.detail
+        assert "certificate" in got.detail.lower()
+        with Fetcher(cfg(ca_bundle=cert)) as f:
+            assert f.fetch("url", url).data == BODY

@@ -45,6 +45,8 @@ class DownloadConfig(BaseModel):
     max_bytes: int = Field(20 * 1024 * 1024, gt=0)
     content_types: list[str] = Field(default_factory=lambda: ["image/", "application/octet-stream", "binary/octet-stream"])
     user_agent: str = "r2d2-pipeline/0.1 (image-text research)"
+    # PEM file of the CAs to trust instead of certifi's bundle (a private CA, a TLS-inspecting proxy).
+    ca_bundle: str | None = None
 
 
 @dataclass
@@ -185,7 +187,8 @@ class Fetcher:
             (pycurl.PROXY, ""),  # as before (urllib3 PoolManager): proxy variables are not used
         ):
             c.setopt(opt, value)
-        c.setopt(pycurl.CAINFO, certifi.where())  # the CA bundle requests uses, not a path fixed when the wheel was built
+        # certifi: the CA bundle requests uses, not a path fixed when the libcurl wheel was built.
+        c.setopt(pycurl.CAINFO, cfg.ca_bundle or certifi.where())
         with self._lock:
             self._handles.append(c)
         self._local.curl = c

@@ -101,6 +101,8 @@ def plan_shards(in_dir: str | Path, out_dir: str | Path, cfg: SnapshotConfig, ru
     parts = manifest_parts(in_dir, "`r2d2 validate` (or `r2d2 ingest`)")
     settings = cfg.model_dump(exclude={"progress"})
     settings["download"].pop("concurrency")  # how fast, not what: changing it must not restart a snapshot
+    if settings["download"]["ca_bundle"] is None:  # unset: the fingerprint of snapshots from before the option
+        settings["download"].pop("ca_bundle")
     settings.pop("image_workers")
     fingerprint = {"parts": [[p.name, file_sha256(p)] for p in parts], "settings": settings, "rules": rules.model_dump()}
     marker = out_dir / "plan" / "plan.json"

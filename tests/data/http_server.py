@@ -8,6 +8,7 @@ missing or lying Content-Length, or a body dripped out slowly.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Route:
 class ImageServer:
     """Context manager: `with ImageServer(routes) as srv: srv.url("/img/a.png")`."""
 
-    def __init__(self, routes: dict[str, Route] | None = None) -> None:
+    def __init__(self, routes: dict[str, Route] | None = None, tls: tuple[str, str] | None = None) -> None:
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -70,11 +71,17 @@ class ImageServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # (certificate PEM, key PEM): serve https
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def __enter__(self) -> ImageServer:
         self.thread.start()
