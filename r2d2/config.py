@@ -132,6 +132,8 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Same inputs, same bits: torch's deterministic kernels (see train()). Off trades that for speed on GPU.
+    deterministic: bool = True
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
     ckpt_every: int = Field(100, gt=0)
