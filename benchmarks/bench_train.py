@@ -37,7 +37,7 @@ from r2d2.model.r2d2 import build_model  # noqa: E402
 from r2d2.model.teacher import MomentumTeacher  # noqa: E402
 from r2d2.train.objective import Batch, R2D2Objective  # noqa: E402
 from r2d2.train.schedule import build_scheduler  # noqa: E402
-from r2d2.train.trainer import param_groups, train_step  # noqa: E402
+from r2d2.train.trainer import build_optimizer, train_step  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, without sparsity).
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
@@ -67,7 +67,7 @@ def measure(size: str, batch_size: int, text_len: int, steps: int, warmup: int, 
     model = build_model(mcfg).to(device).train()
     teacher = MomentumTeacher(model.dual, cfg.distill.momentum, cfg.distill.queue_size).to(device)
     objective = R2D2Objective(model, cfg, teacher)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=1e-4, foreach=True)
+    optimizer = build_optimizer(model, cfg)  # the trainer's own AdamW settings
     scheduler = build_scheduler(optimizer, 0, steps + warmup + 1, 0.1)
     generator = torch.Generator(device=device).manual_seed(0)
     batch = synthetic_batch(mcfg.vision.image_size, min(text_len, mcfg.text.max_len), batch_size, mcfg.text.vocab_size, device, 0)

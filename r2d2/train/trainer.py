@@ -77,6 +77,12 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def build_optimizer(model: R2D2Model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups` (no decay on norms, biases, temperatures), as the trainer and its benchmark use it."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                             foreach=True)  # multi-tensor update: torch only defaults to it on GPU
+
+
 def train_step(
     wrapped: torch.nn.Module, model: R2D2Model, teacher: MomentumTeacher | None, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, batch: Batch, alpha: float, generator: torch.Generator,
@@ -144,8 +150,7 @@ def train(
 
     steps_per_epoch = data.steps_per_epoch(cfg.batch_size, di.world_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  foreach=True)  # multi-tensor update: torch only defaults to it on GPU
+    optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, min(cfg.warmup_steps, total // 2), total, cfg.min_lr_ratio)
     generator = torch.Generator(device=di.device).manual_seed(cfg.seed * 7919 + di.rank)
     ramp = cfg.distill.alpha_ramp_steps if cfg.distill.alpha_ramp_steps is not None else steps_per_epoch
